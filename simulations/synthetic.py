@@ -37,13 +37,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from shared.atomic import atomic_write_text
 from shared.data.catalog import Catalog
 from shared.data.schema import write_interactions
 from shared.errors import ConfigError
@@ -521,18 +521,6 @@ def generate(config: SyntheticConfig | None = None) -> SyntheticData:
 # writing
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write-then-rename so readers never see a half-written manifest."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_synthetic(
     config: SyntheticConfig | None, out_dir: str | os.PathLike[str], fmt: str = "csv"
 ) -> Path:
@@ -566,5 +554,5 @@ def write_synthetic(
         "format": fmt,
         "stores": store_info,
     }
-    _atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    atomic_write_text(out / "manifest.json", json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     return out

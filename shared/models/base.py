@@ -117,7 +117,7 @@ def token_losses(
     targets: torch.Tensor,
     label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cross-entropy over the full catalog at every real position, computing logits only where a target exists.
+    """Full-catalog cross-entropy at every real position; logits only where a target exists.
 
     Returns ``(losses [N], record_index [N])`` for the N positions with a target; padding costs nothing in the
     output layer, which dominates the run time (12k-100k classes).

@@ -1,0 +1,125 @@
+"""``fedrec-sim``: the auditor's entry point (centralized reference runs, benchmarks, synthetic data)."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import replace
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from shared.cli_support import run_cli, set_torch_threads
+from shared.models import MODEL_REGISTRY
+from simulations.synthetic import SyntheticConfig, write_synthetic
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedrec-sim", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    central = sub.add_parser("centralized", help="train one model centrally (non-private) and evaluate it")
+    central.add_argument(
+        "--dataset", default="synthetic", help="'synthetic', a shared data set name, or a file"
+    )
+    central.add_argument("--model", default="transformer", choices=sorted(MODEL_REGISTRY))
+    central.add_argument("--epochs", type=int, help="maximum epochs (default: the preset's)")
+    central.add_argument("--quick", action="store_true", help="a few epochs only, for smoke runs")
+    central.add_argument("--max-customers", type=int, help="train on a seeded subset of customers")
+    central.add_argument("--seed", type=int, default=0)
+    central.add_argument("--out", type=Path, default=None, help="results JSON (default runs/central-...)")
+
+    bench = sub.add_parser("bench", help="benchmarks; each prints a one-line summary and writes JSON")
+    bench.add_argument("name", choices=["quality-central"])
+    bench.add_argument("--quick", action="store_true", help="smoke version, under a minute")
+    bench.add_argument("--datasets", nargs="+", default=None)
+    bench.add_argument("--models", nargs="+", default=None, choices=sorted(MODEL_REGISTRY))
+    bench.add_argument("--out", type=Path, default=Path("runs/bench"))
+
+    synth = sub.add_parser("synth", help="write the synthetic multi-store data set to a folder")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--stores", type=int, default=SyntheticConfig.n_stores)
+    synth.add_argument("--items", type=int, default=SyntheticConfig.n_items)
+    synth.add_argument("--customers", type=int, default=SyntheticConfig.n_customers)
+    synth.add_argument("--seed", type=int, default=SyntheticConfig.seed)
+    synth.add_argument("--format", choices=["csv", "parquet"], default="csv")
+    return parser
+
+
+def metrics_table(title: str, rows: list[dict]) -> Table:
+    table = Table(title=title)
+    for col in ("data set", "model", "HR@10", "NDCG@10", "MRR@10", "best epoch", "wall s"):
+        table.add_column(col, justify="right" if col not in ("data set", "model") else "left")
+    for r in rows:
+        table.add_row(
+            r["dataset"],
+            r["model"],
+            f"{r['hr@10']:.4f}",
+            f"{r['ndcg@10']:.4f}",
+            f"{r['mrr@10']:.4f}",
+            str(r.get("best_epoch", "-")),
+            f"{r['wall_seconds']:.0f}",
+        )
+    return table
+
+
+def cmd_centralized(args: argparse.Namespace, console: Console) -> int:
+    from simulations.centralized import CentralizedRun, run_centralized, write_results
+    from simulations.presets import presets_for
+
+    model_cfg, train_cfg = presets_for(args.model, quick=args.quick)
+    train_cfg = replace(train_cfg, seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
+    results = run_centralized(
+        CentralizedRun(args.dataset, model_cfg, train_cfg, max_customers=args.max_customers), console
+    )
+    out = args.out or Path("runs") / f"central-{results['dataset']}-{args.model}.json"
+    write_results(results, out)
+    rows = [
+        {
+            "dataset": results["dataset"],
+            "model": "popularity",
+            **results["popularity_test"],
+            "wall_seconds": 0,
+        },
+        {
+            "dataset": results["dataset"],
+            "model": args.model,
+            **results["test"],
+            "best_epoch": results["best_epoch"],
+            "wall_seconds": results["wall_seconds"],
+        },
+    ]
+    console.print(metrics_table("test split, full ranking (seen items excluded)", rows))
+    console.print(f"results: {out}")
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace, console: Console) -> int:
+    cfg = SyntheticConfig(
+        n_stores=args.stores, n_items=args.items, n_customers=args.customers, seed=args.seed
+    )
+    out = write_synthetic(cfg, args.out, fmt=args.format)
+    console.print(f"wrote {cfg.n_stores} stores and the catalog to {out}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    from simulations.bench import quality_central
+
+    return quality_central.main(args, console)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    set_torch_threads()
+    console = Console()
+    handlers = {"centralized": cmd_centralized, "synth": cmd_synth, "bench": cmd_bench}
+    return handlers[args.command](args, console)
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(_main, argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
