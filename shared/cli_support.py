@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 from shared.errors import FedrecError
 
@@ -16,7 +17,9 @@ def run_cli(main: Callable[[list[str] | None], int], argv: list[str] | None = No
     try:
         return main(argv)
     except FedrecError as err:
-        Console(stderr=True).print(f"[red]error:[/] {err}", highlight=False)
+        # escape: a message holding "[...]" (paths, column names) must not be read as markup;
+        # soft_wrap: one line even when stderr is not a terminal (rich would wrap at 80 columns).
+        Console(stderr=True, soft_wrap=True).print(f"[red]error:[/] {escape(str(err))}", highlight=False)
         return 2
     except KeyboardInterrupt:
         Console(stderr=True).print("[yellow]interrupted[/]")
