@@ -71,6 +71,8 @@ def evaluate_sampled(
         for i in range(len(data))
     ]
     negatives = torch.from_numpy(sample_negatives(model.n_items, seen, n_negatives, rng))
+    was_training = model.training
     model.eval()
     scores = torch.cat([model.score(data.histories[s : s + 512]) for s in range(0, len(data), 512)])
+    model.train(was_training)
     return metrics_from_ranks(sampled_ranks(scores, data.targets, negatives), ks)

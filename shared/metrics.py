@@ -25,7 +25,9 @@ def target_ranks(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     excluded (score ``-inf``) lands below every item. ``scores [B, V]``, ``targets [B]`` -> ``[B]`` int64.
     """
     target_scores = scores.gather(1, targets.unsqueeze(1))  # [B, 1]
-    return (scores >= target_scores).sum(dim=1) - 1
+    ranks = (scores >= target_scores).sum(dim=1) - 1
+    # A NaN target compares False with everything (rank -1 would read as a perfect hit): rank it last.
+    return torch.where(target_scores.squeeze(1).isnan(), scores.shape[1] - 1, ranks)
 
 
 def exclude_seen(scores: torch.Tensor, rows: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
@@ -87,4 +89,5 @@ def sampled_ranks(scores: torch.Tensor, targets: torch.Tensor, negatives: torch.
     """
     target_scores = scores.gather(1, targets.unsqueeze(1))  # [B, 1]
     neg_scores = scores.gather(1, negatives)  # [B, N]
-    return (neg_scores >= target_scores).sum(dim=1)
+    ranks = (neg_scores >= target_scores).sum(dim=1)
+    return torch.where(target_scores.squeeze(1).isnan(), negatives.shape[1], ranks)

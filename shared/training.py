@@ -42,6 +42,10 @@ class TrainConfig:
                 raise ConfigError(f"train.{key}={getattr(self, key)!r} must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr!r} must be > 0")
+        if self.weight_decay < 0:
+            raise ConfigError(f"train.weight_decay={self.weight_decay!r} must be >= 0")
+        if self.max_seconds is not None and self.max_seconds <= 0:
+            raise ConfigError(f"train.max_seconds={self.max_seconds!r} must be > 0")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ConfigError(f"train.label_smoothing={self.label_smoothing!r} must be in [0, 1)")
 

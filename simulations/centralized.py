@@ -20,6 +20,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from shared.atomic import atomic_write_text
 from shared.data.prepare import PreparedData, prepare
+from shared.errors import ConfigError
 from shared.evaluation import evaluate_model, evaluate_popularity, evaluate_sampled, popularity_scores
 from shared.models import ModelConfig, build_model
 from shared.training import TrainConfig, fit
@@ -64,6 +65,8 @@ def subsample_customers(data: PreparedData, max_customers: int, seed: int, max_l
 def run_centralized(run: CentralizedRun, console: Console | None = None, show_progress: bool = True) -> dict:
     """Train, select on validation, evaluate on test; returns the results dictionary."""
     console = console or Console()
+    if run.max_customers is not None and run.max_customers < 1:
+        raise ConfigError(f"max-customers={run.max_customers!r} must be >= 1")
     start = time.perf_counter()
     name, interactions, catalog = load_interactions(run.dataset)
     data = prepare(interactions, catalog, run.model.max_len)

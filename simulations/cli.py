@@ -68,7 +68,8 @@ def cmd_centralized(args: argparse.Namespace, console: Console) -> int:
     from simulations.presets import presets_for
 
     model_cfg, train_cfg = presets_for(args.model, quick=args.quick)
-    train_cfg = replace(train_cfg, seed=args.seed, **({"epochs": args.epochs} if args.epochs else {}))
+    overrides = {"epochs": args.epochs} if args.epochs is not None else {}  # --epochs 0 must be rejected
+    train_cfg = replace(train_cfg, seed=args.seed, **overrides)
     results = run_centralized(
         CentralizedRun(args.dataset, model_cfg, train_cfg, max_customers=args.max_customers), console
     )

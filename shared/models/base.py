@@ -142,9 +142,15 @@ def per_record_loss(
     dimension first (what per-sample gradient rules need). Records without any target get loss 0.
     """
     logits = model(inputs)  # [B, T, V]
+    batch, steps, vocab = logits.shape
+    # Flattening (a view) keeps log-softmax on contiguous rows; a [B, V, T] transpose would copy all logits.
     losses = F.cross_entropy(
-        logits.transpose(1, 2), targets, reduction="none", ignore_index=PAD, label_smoothing=label_smoothing
-    )  # [B, T]
+        logits.reshape(batch * steps, vocab),
+        targets.reshape(batch * steps),
+        reduction="none",
+        ignore_index=PAD,
+        label_smoothing=label_smoothing,
+    ).view(batch, steps)  # [B, T]
     count = (targets != PAD).sum(dim=1).clamp(min=1).to(losses.dtype)
     return losses.sum(dim=1) / count
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from itertools import pairwise
 
 import numpy as np
 import pytest
@@ -57,6 +58,22 @@ def test_target_ranks_excluded_target_lands_last():
 
     # Assert: below every item, padding column included (which is -inf too, and ties count against).
     assert rank.tolist() == [4]
+
+
+def test_target_ranks_nan_target_counts_as_a_miss():
+    scores = torch.full((2, 5), float("nan"))
+
+    ranks = target_ranks(scores, torch.tensor([1, 2]))
+
+    assert ranks.tolist() == [4, 4]
+
+
+def test_sampled_ranks_nan_target_counts_as_a_miss():
+    scores = torch.full((1, 5), float("nan"))
+
+    ranks = sampled_ranks(scores, torch.tensor([1]), torch.tensor([[2, 3, 4]]))
+
+    assert ranks.tolist() == [3]
 
 
 # ------------------------------------------------------------------------------------------ exclude_seen
@@ -150,7 +167,7 @@ def test_metrics_from_ranks_invariants(ranks, ks):
         assert m[f"mrr@{k}"] <= m["mrr"] + eps
         for name in ("hr", "ndcg", "mrr", "precision", "recall", "f1"):
             assert 0.0 <= m[f"{name}@{k}"] <= 1.0
-    for small, large in zip(ks, ks[1:], strict=False):
+    for small, large in pairwise(ks):
         assert m[f"hr@{small}"] <= m[f"hr@{large}"]
         assert m[f"ndcg@{small}"] <= m[f"ndcg@{large}"] + eps
     assert m["hr@" + str(ks[-1])] == pytest.approx(sum(r < ks[-1] for r in ranks) / len(ranks))
@@ -194,7 +211,9 @@ def test_sample_negatives_is_seeded():
 
 def test_sample_negatives_raises_when_too_few_candidates():
     with pytest.raises(ValueError, match="customer 1"):
-        sample_negatives(10, [np.array([1]), np.array([1, 2, 3])], n_negatives=8, rng=np.random.default_rng(0))
+        sample_negatives(
+            10, [np.array([1]), np.array([1, 2, 3])], n_negatives=8, rng=np.random.default_rng(0)
+        )
 
 
 # ---------------------------------------------------------------------------------------- sampled_ranks
