@@ -17,15 +17,13 @@ import time
 from dataclasses import asdict, dataclass
 
 import torch
-from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
-from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.uniform_sampler import UniformWithReplacementSampler
 from torch.utils.data import DataLoader
 
 from shared.data.sequences import TrainSequenceDataset, trim_padding
 from shared.errors import ConfigError
 from shared.models.base import SequentialRecommender, per_record_loss
-from shared.privacy.dp_sgd import GRAD_SAMPLE_MODES, dp_backward
+from shared.privacy.dp_sgd import GRAD_SAMPLE_MODES, dp_backward, wrap_private
 
 
 @dataclass(frozen=True)
@@ -104,44 +102,6 @@ def _collate(
     return trim_padding(inputs, targets)  # type: ignore[return-value]
 
 
-def wrap_private(
-    model: SequentialRecommender,
-    optimizer: torch.optim.Optimizer,
-    cfg: DPTrainConfig,
-    noise_multiplier: float,
-    expected_batch_size: int,
-    noise_generator: torch.Generator | None = None,
-) -> tuple[torch.nn.Module, DPOptimizer]:
-    """Grad-sample module and DP optimizer for ``cfg.grad_sample_mode`` (mean-reduced per-record losses)."""
-    if cfg.grad_sample_mode == "ghost":
-        module = GradSampleModuleFastGradientClipping(
-            model,
-            batch_first=True,
-            loss_reduction="mean",
-            max_grad_norm=cfg.max_grad_norm,
-            use_ghost_clipping=True,
-        )
-        dp_opt: DPOptimizer = DPOptimizerFastGradientClipping(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=cfg.max_grad_norm,
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-            generator=noise_generator,
-        )
-    else:
-        module = GradSampleModule(model, batch_first=True, loss_reduction="mean")
-        dp_opt = DPOptimizer(
-            optimizer,
-            noise_multiplier=noise_multiplier,
-            max_grad_norm=cfg.max_grad_norm,
-            expected_batch_size=expected_batch_size,
-            loss_reduction="mean",
-            generator=noise_generator,
-        )
-    return module, dp_opt
-
-
 def train_private(
     model: SequentialRecommender,
     data: TrainSequenceDataset,
@@ -166,7 +126,15 @@ def train_private(
         noise_gen.manual_seed(seed + 1)
     expected = max(1, round(plan.sample_rate * len(data)))
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    module, dp_opt = wrap_private(model, optimizer, cfg, noise_multiplier, expected, noise_gen)
+    module, dp_opt = wrap_private(
+        model,
+        optimizer,
+        grad_sample_mode=cfg.grad_sample_mode,
+        noise_multiplier=noise_multiplier,
+        max_grad_norm=cfg.max_grad_norm,
+        expected_batch_size=expected,
+        noise_generator=noise_gen,
+    )
     sampler = UniformWithReplacementSampler(
         num_samples=len(data), sample_rate=plan.sample_rate, generator=sample_gen, steps=plan.steps
     )

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shared.errors import ConfigError
+from shared.models.item_table import TiedItemTable
 
 PAD = 0
 
@@ -41,6 +42,7 @@ class ModelConfig:
     n_layers: int = 2
     n_heads: int = 2
     mlp_hidden: int = 256
+    tie_output: bool = False
     extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -80,16 +82,29 @@ class SequentialRecommender(nn.Module):
             raise ConfigError(f"n_items={n_items} must be >= 1")
         self.n_items = n_items
         self.config = config
-        self.item_emb = nn.Embedding(n_items + 1, config.dim)
-        self.output = nn.Linear(config.dim, n_items + 1)  # untied on purpose, see module docstring
-        nn.init.normal_(self.item_emb.weight, std=0.02)
-        nn.init.normal_(self.output.weight, std=0.02)
-        nn.init.zeros_(self.output.bias)
+        if config.tie_output:
+            # One table for both roles; DP-exact only through TiedItemTable's own per-sample rules.
+            self.item_table = TiedItemTable(n_items + 1, config.dim)
+        else:
+            self.item_emb = nn.Embedding(n_items + 1, config.dim)
+            self.output = nn.Linear(config.dim, n_items + 1)  # untied by default, see module docstring
+            nn.init.normal_(self.item_emb.weight, std=0.02)
+            nn.init.normal_(self.output.weight, std=0.02)
+            nn.init.zeros_(self.output.bias)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
 
     def embed_items(self, items: torch.Tensor) -> torch.Tensor:
         """Item embeddings with padded positions zeroed explicitly (Opacus ignores ``padding_idx``)."""
-        mask = (items != PAD).unsqueeze(-1).to(self.item_emb.weight.dtype)  # [B, T, 1]
-        return self.item_emb(items) * mask  # [B, T, H]
+        mask = (items != PAD).unsqueeze(-1).to(self.dtype)  # [B, T, 1]
+        table = self.item_table if self.config.tie_output else self.item_emb
+        return table(items) * mask  # [B, T, H]
+
+    def project(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states ``[..., H]`` to scores over every item ``[..., V]``."""
+        return self.item_table(hidden) if self.config.tie_output else self.output(hidden)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         """Hidden state at every position: ``[B, T] -> [B, T, H]`` (causal: position t sees items <= t)."""
@@ -97,18 +112,19 @@ class SequentialRecommender(nn.Module):
 
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """Logits at every position, ``[B, T, V]``: the shape the DP path clips per record."""
-        return self.output(self.encode(items))
+        return self.project(self.encode(items))
 
     def score(self, items: torch.Tensor) -> torch.Tensor:
         """Scores of every item for the next step after each history: ``[B, T] -> [B, V]``."""
         hidden = self.encode(items)[:, -1, :]  # [B, H]
-        logits = self.output(hidden)
+        logits = self.project(hidden)
         logits[:, PAD] = float("-inf")
         return logits
 
     def item_matrix(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Output weights and bias, so serving can score a hidden state with one matrix product."""
-        return self.output.weight.detach(), self.output.bias.detach()
+        layer = self.item_table if self.config.tie_output else self.output
+        return layer.weight.detach(), layer.bias.detach()
 
 
 def token_losses(
@@ -124,7 +140,7 @@ def token_losses(
     """
     hidden = model.encode(inputs)  # [B, T, H]
     mask = targets != PAD  # [B, T]
-    logits = model.output(hidden[mask])  # [N, V]
+    logits = model.project(hidden[mask])  # [N, V]
     losses = F.cross_entropy(logits, targets[mask], reduction="none", label_smoothing=label_smoothing)
     record = torch.arange(inputs.shape[0], device=inputs.device).unsqueeze(1).expand_as(targets)[mask]
     return losses, record

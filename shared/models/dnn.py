@@ -28,7 +28,7 @@ class DNNRecommender(SequentialRecommender):
         self.norm = nn.LayerNorm(d)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
-        mask = (items != PAD).unsqueeze(-1).to(self.item_emb.weight.dtype)  # [B, T, 1]
+        mask = (items != PAD).unsqueeze(-1).to(self.dtype)  # [B, T, 1]
         emb = self.emb_dropout(self.embed_items(items)) * mask  # [B, T, H]
         pooled = emb.cumsum(dim=1) / mask.cumsum(dim=1).clamp(min=1.0)  # [B, T, H] running mean
         hidden = self.mlp(torch.cat([pooled, emb], dim=-1))  # [B, T, H]

@@ -54,7 +54,7 @@ class GRURecommender(SequentialRecommender):
         self.proj = nn.Linear(d, d)
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
-        mask = (items != PAD).to(self.item_emb.weight.dtype)  # [B, T]
+        mask = (items != PAD).to(self.dtype)  # [B, T]
         x = self.emb_dropout(self.embed_items(items))  # [B, T, H]
         for layer in self.layers:
             x = self.dropout(layer(x, mask))

@@ -66,7 +66,7 @@ class SASRecRecommender(SequentialRecommender):
         items = items[:, -self.config.max_len :]  # the window the positions cover
         steps = items.shape[1]
         real = items != PAD  # [B, T]
-        keep = real.unsqueeze(-1).to(self.item_emb.weight.dtype)  # [B, T, 1]
+        keep = real.unsqueeze(-1).to(self.dtype)  # [B, T, 1]
         # Positions count back from the most recent item, so a left-padded window of any width lines up.
         positions = torch.arange(self.config.max_len - steps, self.config.max_len, device=items.device)
         positions = positions.unsqueeze(0).repeat(batch, 1).contiguous()  # [B, T]

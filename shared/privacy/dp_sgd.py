@@ -8,8 +8,11 @@ which is what makes DP-SGD affordable on big catalogs. ``hooks`` materialises th
 from __future__ import annotations
 
 import torch
-from opacus.optimizers import DPOptimizer
+from opacus.grad_sample import GradSampleModule
+from opacus.optimizers import DPOptimizer, DPOptimizerFastGradientClipping
 from opacus.utils.fast_gradient_clipping_utils import DPTensorFastGradientClipping
+
+from shared.privacy.tied_ghost import make_ghost_module
 
 GRAD_SAMPLE_MODES = ("ghost", "hooks")
 
@@ -34,3 +37,31 @@ def dp_backward(
         DPTensorFastGradientClipping(module, optimizer, losses, "mean").backward()
     else:
         losses.mean().backward() if losses.numel() else losses.sum().backward()
+
+
+def wrap_private(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    grad_sample_mode: str,
+    noise_multiplier: float,
+    max_grad_norm: float,
+    expected_batch_size: int,
+    noise_generator: torch.Generator | None = None,
+) -> tuple[torch.nn.Module, DPOptimizer]:
+    """The grad-sample module and DP optimizer for ``grad_sample_mode`` (mean-reduced per-record losses).
+
+    Ghost mode uses a subclass of Opacus's module that also handles a tied item table exactly.
+    """
+    if grad_sample_mode not in GRAD_SAMPLE_MODES:
+        raise ValueError(f"grad_sample_mode={grad_sample_mode!r}; choose one of {GRAD_SAMPLE_MODES}")
+    common = {
+        "noise_multiplier": noise_multiplier,
+        "max_grad_norm": max_grad_norm,
+        "expected_batch_size": expected_batch_size,
+        "loss_reduction": "mean",
+        "generator": noise_generator,
+    }
+    if grad_sample_mode == "ghost":
+        return make_ghost_module(model, max_grad_norm), DPOptimizerFastGradientClipping(optimizer, **common)
+    return GradSampleModule(model, batch_first=True, loss_reduction="mean"), DPOptimizer(optimizer, **common)

@@ -13,21 +13,25 @@ import copy
 
 import pytest
 import torch
-from opacus import PrivacyEngine
-from opacus.grad_sample import GradSampleModule, GradSampleModuleFastGradientClipping
+from opacus.grad_sample import GradSampleModule
 from opacus.validators import ModuleValidator
 from torch.utils.data import DataLoader, TensorDataset
 
 from shared.models import MODEL_REGISTRY, ModelConfig, build_model, per_record_loss
-from shared.privacy.dp_sgd import dp_backward
+from shared.privacy.dp_sgd import dp_backward, wrap_private
+from shared.privacy.tied_ghost import make_ghost_module
 
-KINDS = sorted(MODEL_REGISTRY)
+# Every kind untied (the default) and with the tied item table.
+KINDS = [*sorted(MODEL_REGISTRY), *(f"{k}-tied" for k in sorted(MODEL_REGISTRY))]
 N_ITEMS = 37
 
 
 def make_model(kind: str, seed: int = 0):
     torch.manual_seed(seed)
-    cfg = ModelConfig(kind=kind, dim=16, max_len=8, dropout=0.0, emb_dropout=0.0, n_heads=2, mlp_hidden=24)
+    base, tied = kind.removesuffix("-tied"), kind.endswith("-tied")
+    cfg = ModelConfig(
+        kind=base, dim=16, max_len=8, dropout=0.0, emb_dropout=0.0, n_heads=2, mlp_hidden=24, tie_output=tied
+    )
     return build_model(cfg, N_ITEMS)
 
 
@@ -76,30 +80,22 @@ def test_ghost_clipping_norms_equal_reference_norms(kind):
     model = make_model(kind)
     inputs, targets = make_batch()
     expected = torch.stack([g.norm() for g in reference_grads(copy.deepcopy(model), inputs, targets)])
-    gsm = GradSampleModuleFastGradientClipping(
-        model, batch_first=True, loss_reduction="sum", max_grad_norm=1.0, use_ghost_clipping=True
-    )
-    per_record_loss(gsm, inputs, targets).sum().backward()
+    gsm = make_ghost_module(model, max_grad_norm=1.0)  # the module our DP training uses
+    per_record_loss(gsm, inputs, targets).mean().backward()  # mean-reduced, as in training
     torch.testing.assert_close(gsm.get_norm_sample(), expected, rtol=1e-4, atol=1e-6)
 
 
-def private_step(model, inputs, targets, mode: str, poisson: bool = False):
-    """One DP-SGD step through Opacus's real engine; returns the updated model."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
-    loader = DataLoader(TensorDataset(inputs, targets), batch_size=len(inputs))
-    engine = PrivacyEngine(accountant="rdp")
-    private = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=loader,
+def private_step(model, inputs, targets, mode: str):
+    """One DP-SGD step through Opacus's grad-sample module and DP optimizer, as our training wires them."""
+    module, dp_optimizer = wrap_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.5),
+        grad_sample_mode=mode,
         noise_multiplier=0.0,
         max_grad_norm=1e6,
-        poisson_sampling=poisson,
-        grad_sample_mode=mode,
-        **({"criterion": torch.nn.CrossEntropyLoss()} if mode == "ghost" else {}),
+        expected_batch_size=len(inputs),
     )
-    module, dp_optimizer, dp_loader = private[0], private[1], private[-1]
-    for x, y in dp_loader:
+    for x, y in DataLoader(TensorDataset(inputs, targets), batch_size=len(inputs)):
         dp_optimizer.zero_grad()
         dp_backward(module, dp_optimizer, per_record_loss(module, x, y), mode)
         dp_optimizer.step()
@@ -125,19 +121,15 @@ def test_private_step_without_noise_or_clipping_equals_plain_step(kind, mode):
 @pytest.mark.parametrize("kind", KINDS)
 def test_empty_batch_runs(kind, mode):
     model = make_model(kind)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     inputs, targets = make_batch()
-    engine = PrivacyEngine(accountant="rdp")
-    private = engine.make_private(
-        module=model,
-        optimizer=optimizer,
-        data_loader=DataLoader(TensorDataset(inputs, targets), batch_size=2),
+    module, dp_optimizer = wrap_private(
+        model,
+        torch.optim.SGD(model.parameters(), lr=0.1),
+        grad_sample_mode=mode,
         noise_multiplier=1.0,
         max_grad_norm=1.0,
-        grad_sample_mode=mode,
-        **({"criterion": torch.nn.CrossEntropyLoss()} if mode == "ghost" else {}),
+        expected_batch_size=2,
     )
-    module, dp_optimizer = private[0], private[1]
     before = [p.detach().clone() for p in module.parameters()]
     empty_x, empty_y = inputs[:0], targets[:0]
     losses = per_record_loss(module, empty_x, empty_y)
