@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,11 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     central.add_argument("--out", type=Path, default=None, help="results JSON (default runs/central-...)")
 
     bench = sub.add_parser("bench", help="benchmarks; each prints a one-line summary and writes JSON")
-    bench.add_argument("name", choices=["quality-central"])
+    bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("--quick", action="store_true", help="smoke version, under a minute")
     bench.add_argument("--datasets", nargs="+", default=None)
     bench.add_argument("--models", nargs="+", default=None, choices=sorted(MODEL_REGISTRY))
     bench.add_argument("--out", type=Path, default=Path("runs/bench"))
+    bench.add_argument("--untied", action="store_true", help="dp-overhead: untied output layers")
+    bench.add_argument("--timeout", type=float, default=900.0, help="dp-overhead: seconds per configuration")
 
     synth = sub.add_parser("synth", help="write the synthetic multi-store data set to a folder")
     synth.add_argument("--out", type=Path, required=True)
@@ -104,16 +107,26 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace, console: Console) -> int:
-    from simulations.bench import quality_central
+# Benchmark name -> module under simulations.bench with a ``main(args, console)``; imported on demand.
+BENCHMARKS = {
+    "quality-central": "quality_central",
+    "dp-overhead": "dp_overhead",
+    "serving": "serving",
+}
 
-    return quality_central.main(args, console)
+
+def cmd_bench(args: argparse.Namespace, console: Console) -> int:
+    import importlib
+
+    module = importlib.import_module(f"simulations.bench.{BENCHMARKS[args.name]}")
+    return module.main(args, console)
 
 
 def _main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     set_torch_threads()
-    console = Console()
+    # Wide enough for the benchmark tables when output goes to a file or a CI log (no terminal width).
+    console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
     handlers = {"centralized": cmd_centralized, "synth": cmd_synth, "bench": cmd_bench}
     return handlers[args.command](args, console)
 
