@@ -111,6 +111,7 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
 BENCHMARKS = {
     "quality-central": "quality_central",
     "dp-overhead": "dp_overhead",
+    "dp-utility": "dp_utility",
     "serving": "serving",
 }
 

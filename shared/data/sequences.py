@@ -135,7 +135,8 @@ def trim_padding(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         return tensors
     real_cols = (first != PAD).any(dim=0).nonzero()
     start = int(real_cols[0]) if len(real_cols) else first.shape[1] - 1
-    return tuple(t[:, start:] for t in tensors)
+    # Contiguous copies: Opacus's ghost embedding-norm sampler calls .view() on the ids.
+    return tuple(t[:, start:].contiguous() for t in tensors)
 
 
 def collate_trimmed(batch: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -151,13 +151,20 @@ def per_record_loss(
     inputs: torch.Tensor,
     targets: torch.Tensor,
     label_smoothing: float = 0.0,
+    loss_window: int | None = None,
 ) -> torch.Tensor:
     """Mean loss over each record's real positions, ``[B]``: one customer = one DP record.
 
-    Runs the output layer on the full ``[B, T, H]`` tensor so that every parameterised layer keeps the batch
-    dimension first (what per-sample gradient rules need). Records without any target get loss 0.
+    Runs the output layer on a ``[B, T, H]`` tensor so that every parameterised layer keeps the batch
+    dimension first (what per-sample gradient rules need). ``loss_window`` keeps the loss on the most recent
+    positions only: the full-catalog output layer dominates DP-SGD's cost, and a Poisson batch is as wide as
+    its longest history. Records without any target get loss 0.
     """
-    logits = model(inputs)  # [B, T, V]
+    inner = getattr(model, "_module", model)  # an Opacus wrapper's hooks live on the inner layers
+    hidden = inner.encode(inputs)  # [B, T, H]
+    if loss_window is not None and loss_window < hidden.shape[1]:
+        hidden, targets = hidden[:, -loss_window:], targets[:, -loss_window:]
+    logits = inner.project(hidden)  # [B, W, V]
     batch, steps, vocab = logits.shape
     # Flattening (a view) keeps log-softmax on contiguous rows; a [B, V, T] transpose would copy all logits.
     losses = F.cross_entropy(
@@ -166,7 +173,7 @@ def per_record_loss(
         reduction="none",
         ignore_index=PAD,
         label_smoothing=label_smoothing,
-    ).view(batch, steps)  # [B, T]
+    ).view(batch, steps)  # [B, W]
     count = (targets != PAD).sum(dim=1).clamp(min=1).to(losses.dtype)
     return losses.sum(dim=1) / count
 

@@ -140,3 +140,19 @@ def test_empty_batch_runs(kind, mode):
     # An empty Poisson batch still takes a noisy step: the noise is what keeps the batch size private.
     changed = any(not torch.equal(b, p) for b, p in zip(before, module.parameters(), strict=True))
     assert changed
+
+
+@pytest.mark.parametrize("kind", ["transformer", "rnn-tied"])
+def test_ghost_norms_with_a_loss_window_equal_reference_norms(kind):
+    """DP training keeps the loss on the most recent positions only; norms must stay exact."""
+    model = make_model(kind)
+    inputs, targets = make_batch()
+    expected = []
+    reference = copy.deepcopy(model)
+    for i in range(len(inputs)):
+        reference.zero_grad(set_to_none=False)
+        per_record_loss(reference, inputs[i : i + 1], targets[i : i + 1], loss_window=3).sum().backward()
+        expected.append(torch.cat([p.grad.flatten() for p in reference.parameters()]).norm())
+    gsm = make_ghost_module(model, max_grad_norm=1.0)
+    per_record_loss(gsm, inputs, targets, loss_window=3).mean().backward()
+    torch.testing.assert_close(gsm.get_norm_sample(), torch.stack(expected), rtol=1e-4, atol=1e-6)
