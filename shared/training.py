@@ -25,7 +25,11 @@ SELECTION_METRIC = "ndcg@10"
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation settings. ``patience`` counts evaluations without a validation improvement."""
+    """Optimisation settings. ``patience`` counts evaluations without a validation improvement.
+
+    ``plateau_decay`` multiplies the learning rate after every epoch without improvement (1.0 = constant):
+    a cheap schedule that needs no planned epoch count, which early stopping makes unknowable.
+    """
 
     epochs: int = 200
     batch_size: int = 128
@@ -34,6 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.0
     patience: int = 10
     max_seconds: float | None = None
+    plateau_decay: float = 1.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -42,6 +47,8 @@ class TrainConfig:
                 raise ConfigError(f"train.{key}={getattr(self, key)!r} must be >= 1")
         if self.lr <= 0:
             raise ConfigError(f"train.lr={self.lr!r} must be > 0")
+        if not 0.0 < self.plateau_decay <= 1.0:
+            raise ConfigError(f"train.plateau_decay={self.plateau_decay!r} must be in (0, 1]")
         if self.weight_decay < 0:
             raise ConfigError(f"train.weight_decay={self.weight_decay!r} must be >= 0")
         if self.max_seconds is not None and self.max_seconds <= 0:
@@ -144,6 +151,8 @@ def fit(
             best_state = copy.deepcopy(model.state_dict())
         else:
             stale += 1
+            for group in optimizer.param_groups:
+                group["lr"] *= cfg.plateau_decay
         if on_epoch:
             on_epoch(row)
         if stale >= cfg.patience:

@@ -60,6 +60,10 @@ class SASRecRecommender(SequentialRecommender):
             TransformerBlock(d, config.n_heads, config.dropout) for _ in range(config.n_layers)
         )
         self.final_norm = nn.LayerNorm(d)
+        # Embedding style: SASRec scales item embeddings by sqrt(d); RecBole adds a LayerNorm instead.
+        style = config.extra.get("embedding_style", "sasrec")
+        self.emb_scale = d**0.5 if style == "sasrec" else 1.0
+        self.emb_norm = nn.LayerNorm(d) if style == "layernorm" else None
 
     def encode(self, items: torch.Tensor) -> torch.Tensor:
         batch, steps = items.shape
@@ -70,7 +74,9 @@ class SASRecRecommender(SequentialRecommender):
         # Positions count back from the most recent item, so a left-padded window of any width lines up.
         positions = torch.arange(self.config.max_len - steps, self.config.max_len, device=items.device)
         positions = positions.unsqueeze(0).repeat(batch, 1).contiguous()  # [B, T]
-        x = self.embed_items(items) * (self.config.dim**0.5) + self.pos_emb(positions) * keep
+        x = self.embed_items(items) * self.emb_scale + self.pos_emb(positions) * keep
+        if self.emb_norm is not None:
+            x = self.emb_norm(x)
         x = self.emb_dropout(x) * keep
         causal = torch.ones(steps, steps, dtype=torch.bool, device=items.device).tril()  # [T, T]
         # A query may attend to real keys at or before it, and always to itself (no empty softmax rows).
