@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+from shared import training
 from shared.data.prepare import PreparedData, prepare
 from shared.errors import ConfigError
 from shared.evaluation import evaluate_model
@@ -113,6 +114,31 @@ def test_fit_tiny_learning_rate_stops_after_patience(data):
         torch.testing.assert_close(value, before[key], atol=1e-6, rtol=0)
 
 
+def test_plateau_decay_lowers_the_learning_rate_after_each_epoch_without_improvement(data, monkeypatch):
+    # Prepare: record the learning rate each epoch starts with; lr 1e-30 never improves after epoch 1.
+    seen: list[float] = []
+    real_train_epoch = training.train_epoch
+
+    def spy(model, data_, optimizer, cfg, rng):
+        seen.append(optimizer.param_groups[0]["lr"])
+        return real_train_epoch(model, data_, optimizer, cfg, rng)
+
+    monkeypatch.setattr(training, "train_epoch", spy)
+    model = _model("dnn", data.catalog.n_items)
+
+    # Execute
+    fit(
+        model,
+        data.train,
+        data.valid,
+        TrainConfig(epochs=4, batch_size=64, lr=1e-30, patience=3, plateau_decay=0.5),
+    )
+
+    # Assert: epoch 1 sets the best, epochs 2 and 3 do not improve, each halving the rate for the next one.
+    assert seen == pytest.approx([1e-30, 1e-30, 0.5e-30, 0.25e-30][: len(seen)])
+    assert len(seen) == 4
+
+
 def test_fit_stops_at_the_time_budget(data):
     model = _model("dnn", data.catalog.n_items)
 
@@ -181,6 +207,10 @@ def test_bucketed_batches_empty():
         ("lr", -1e-3),
         ("label_smoothing", 1.0),
         ("label_smoothing", -0.1),
+        ("weight_decay", -0.1),
+        ("max_seconds", 0.0),
+        ("plateau_decay", 0.0),
+        ("plateau_decay", 1.5),
     ],
 )
 def test_train_config_rejects_bad_values_naming_the_key(key, value):
