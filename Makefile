@@ -22,6 +22,7 @@ demo: $(STAMP)
 	$(BIN)/fedrec-sim centralized --dataset synthetic --model transformer
 
 test: $(STAMP)
+	bash scripts/install-system-deps.sh
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest
 

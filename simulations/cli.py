@@ -30,6 +30,35 @@ def build_parser() -> argparse.ArgumentParser:
     central.add_argument("--seed", type=int, default=0)
     central.add_argument("--out", type=Path, default=None, help="results JSON (default runs/central-...)")
 
+    fed = sub.add_parser(
+        "run", help="federated run of N simulated stores: DP-SGD at every store, SecAgg+ (Flower simulation)"
+    )
+    fed.add_argument("--dataset", default="synthetic", help="'synthetic' or a shared data set name")
+    fed.add_argument("--stores", type=int, default=10, help="number of simulated stores (default 10)")
+    fed.add_argument("--rounds", type=int, help="federated rounds (default: the preset's)")
+    fed.add_argument("--model", default="transformer", choices=sorted(MODEL_REGISTRY))
+    fed.add_argument("--epsilon", type=float, help="each store's budget, customer-level (default 8)")
+    fed.add_argument("--no-dp", action="store_true", help="non-private local training (benchmark arm only)")
+    fed.add_argument(
+        "--insecure-plain-aggregation",
+        action="store_true",
+        help="turn secure aggregation off (the operator sees every store's update); debugging only",
+    )
+    fed.add_argument("--server-optimizer", choices=["fedavg", "fedadam"])
+    fed.add_argument("--run-dir", type=Path, help="default runs/fed-<dataset>-<model>")
+    fed.add_argument("--resume", action="store_true", help="continue after the last complete round")
+    fed.add_argument("--engine", choices=["ray", "inprocess"], default="ray")
+    fed.add_argument("--seed", type=int, default=0)
+    fed.add_argument("--quick", action="store_true", help="tiny smoke run (2 rounds, small model and data)")
+    fed.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="any run-config key of [tool.flwr.app.config], e.g. --set model-dim=32 --set local-epochs=2",
+    )
+    fed.add_argument("--verbose", action="store_true", help="Flower's and Ray's logs")
+
     bench = sub.add_parser("bench", help="benchmarks; each prints a one-line summary and writes JSON")
     bench.add_argument("name", choices=sorted(BENCHMARKS))
     bench.add_argument("--quick", action="store_true", help="smoke version, under a minute")
@@ -107,12 +136,32 @@ def cmd_synth(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace, console: Console) -> int:
+    from simulations.runner import SimulationRun, final_table, run_config_from_args, run_federation
+
+    cfg = run_config_from_args(args)
+    final = run_federation(
+        SimulationRun(cfg=cfg, n_stores=args.stores, engine=args.engine, verbose=args.verbose), console
+    )
+    console.print(final_table(final))
+    console.print(
+        f"privacy: epsilon per store at delta {final['privacy']['delta']} "
+        f"({final['privacy']['accountant']}), "
+        f"unit: {final['privacy']['unit']}; secure aggregation: {final['aggregation']}",
+        highlight=False,
+    )
+    console.print(f"run dir: {Path(cfg.run_dir).resolve()}  (operator/metrics.jsonl, operator/final.json)")
+    return 0
+
+
 # Benchmark name -> module under simulations.bench with a ``main(args, console)``; imported on demand.
 BENCHMARKS = {
     "quality-central": "quality_central",
     "dp-overhead": "dp_overhead",
     "dp-utility": "dp_utility",
     "serving": "serving",
+    "fed-quality": "fed_quality",
+    "secagg-overhead": "secagg_overhead",
 }
 
 
@@ -128,7 +177,7 @@ def _main(argv: list[str] | None = None) -> int:
     set_torch_threads()
     # Wide enough for the benchmark tables when output goes to a file or a CI log (no terminal width).
     console = Console(width=None if sys.stdout.isatty() else 160, soft_wrap=not sys.stdout.isatty())
-    handlers = {"centralized": cmd_centralized, "synth": cmd_synth, "bench": cmd_bench}
+    handlers = {"centralized": cmd_centralized, "synth": cmd_synth, "bench": cmd_bench, "run": cmd_run}
     return handlers[args.command](args, console)
 
 
