@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/fedrec-sim centralized --dataset synthetic --model transformer
+	$(BIN)/fedrec-sim run --run-dir runs/demo --overwrite
 
 test: $(STAMP)
 	bash scripts/install-system-deps.sh

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from shared.cli_support import run_cli, set_torch_threads
+from shared.errors import ConfigError
 from shared.models import MODEL_REGISTRY
 from simulations.synthetic import SyntheticConfig, write_synthetic
 
@@ -47,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     fed.add_argument("--server-optimizer", choices=["fedavg", "fedadam"])
     fed.add_argument("--run-dir", type=Path, help="default runs/fed-<dataset>-<model>")
     fed.add_argument("--resume", action="store_true", help="continue after the last complete round")
+    fed.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete an earlier run in --run-dir first (not with --resume)",
+    )
     fed.add_argument("--engine", choices=["ray", "inprocess"], default="ray")
     fed.add_argument("--seed", type=int, default=0)
     fed.add_argument("--quick", action="store_true", help="tiny smoke run (2 rounds, small model and data)")
@@ -140,6 +146,12 @@ def cmd_run(args: argparse.Namespace, console: Console) -> int:
     from simulations.runner import SimulationRun, final_table, run_config_from_args, run_federation
 
     cfg = run_config_from_args(args)
+    if args.overwrite:
+        from simulations.runner import remove_previous_run
+
+        if args.resume:
+            raise ConfigError("--overwrite and --resume exclude each other")
+        remove_previous_run(Path(cfg.run_dir))
     final = run_federation(
         SimulationRun(cfg=cfg, n_stores=args.stores, engine=args.engine, verbose=args.verbose), console
     )
