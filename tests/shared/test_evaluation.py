@@ -26,13 +26,6 @@ N_ITEMS = 20
 FAVOURITE = 5
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine threads cost seconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _fixed_score_model(kind: str = "dnn"):

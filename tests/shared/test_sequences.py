@@ -24,13 +24,6 @@ from shared.models import MODEL_REGISTRY, ModelConfig, build_model, per_record_l
 N_ITEMS = 23
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors gain nothing from intra-op threads, and on a busy machine threads cost seconds."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _frame(rows: list[tuple[str, int, int]], index: list[int] | None = None) -> pd.DataFrame:

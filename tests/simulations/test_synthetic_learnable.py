@@ -21,12 +21,6 @@ from simulations.synthetic import SyntheticConfig, generate
 MIN_RATIO = 2.0
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _model_vs_popularity(synth_cfg: SyntheticConfig, model_cfg: ModelConfig, train_cfg: TrainConfig):
