@@ -26,8 +26,6 @@ N_ITEMS = 20
 FAVOURITE = 5
 
 
-
-
 def _fixed_score_model(kind: str = "dnn"):
     """A real model whose scores ignore the history: zero output weights, bias favouring item 5.
 

@@ -24,8 +24,6 @@ from shared.models import MODEL_REGISTRY, ModelConfig, build_model, per_record_l
 N_ITEMS = 23
 
 
-
-
 def _frame(rows: list[tuple[str, int, int]], index: list[int] | None = None) -> pd.DataFrame:
     users, stamps, items = zip(*rows, strict=True) if rows else ((), (), ())
     return pd.DataFrame(

@@ -21,8 +21,6 @@ from simulations.synthetic import SyntheticConfig, generate
 MAX_LEN = 20
 
 
-
-
 @pytest.fixture(scope="module")
 def data() -> PreparedData:
     synth = generate(SyntheticConfig(n_items=200, n_customers=300, n_stores=2))

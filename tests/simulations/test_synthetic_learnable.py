@@ -21,8 +21,6 @@ from simulations.synthetic import SyntheticConfig, generate
 MIN_RATIO = 2.0
 
 
-
-
 def _model_vs_popularity(synth_cfg: SyntheticConfig, model_cfg: ModelConfig, train_cfg: TrainConfig):
     synth = generate(synth_cfg)
     frame = pd.concat(list(synth.stores.values()), ignore_index=True)
