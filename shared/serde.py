@@ -22,6 +22,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
+from shared.atomic import fsync_dir
 from shared.errors import CatalogMismatchError, IncompatibleModelError
 from shared.models import ModelConfig, SequentialRecommender, build_model
 
@@ -47,14 +48,6 @@ class ModelMeta:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _write_synced(path: Path, data: bytes) -> None:
@@ -99,9 +92,9 @@ def save_model(
     try:
         _write_synced(tmp / WEIGHTS, weights)
         _write_synced(tmp / META, json.dumps(meta.to_dict(), indent=2, sort_keys=True).encode())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, target)
-        _fsync_dir(target.parent)
+        fsync_dir(target.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -14,16 +14,8 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+from shared.atomic import fsync_dir
 from shared.data.schema import COLUMNS
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
 
 Row = tuple[str, str, int, str]  # user_id, item_id, timestamp, event
 
@@ -45,7 +37,7 @@ class EventLog:
         if prefix:
             self._write(prefix)
         if created:
-            _fsync_dir(path.parent)  # the new file's directory entry must survive a crash too
+            fsync_dir(path.parent)  # the new file's directory entry must survive a crash too
 
     @staticmethod
     def _encode(rows: Sequence[Sequence[object]]) -> bytes:
