@@ -51,6 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--coarse", choices=["auto", "bf16", "off"], default="auto", help="bf16 first pass (exact results)"
     )
     serve.add_argument(
+        "--hidden-cache",
+        type=int,
+        default=50_000,
+        help="history windows whose encoder output is kept (0 = off; a new event is a new window)",
+    )
+    serve.add_argument(
         "--scorer", choices=["fast", "naive"], default="fast", help="naive = benchmark baseline"
     )
     serve.add_argument(
@@ -109,6 +115,7 @@ def cmd_serve(args: argparse.Namespace, console: Console) -> int:
         scorer=args.scorer,
         epsilon_budget=args.epsilon_budget,
         coarse=args.coarse,
+        hidden_cache=args.hidden_cache,
     )
     key = load_api_key(args.api_key_file, StoreLayout.from_config(config).api_key)
     sock = bind(args.host, args.port)  # before loading, so a taken port fails fast

@@ -25,7 +25,8 @@ class ServeConfig:
     least the model window); ``max_batch`` caps how many queued requests one scoring pass takes;
     ``scorer="naive"`` is the benchmark's baseline (the model's own forward per request, full sort);
     ``epsilon_budget`` is the store's privacy budget shown next to the ledger's spend on the staff page;
-    ``coarse`` chooses bf16 two-stage scoring (``auto``: where it is faster; results are exact either way).
+    ``hidden_cache`` is how many history windows keep their encoder output (0: none); ``coarse`` chooses
+    bf16 two-stage scoring (``auto``: where it is faster; results are exact either way).
     """
 
     state_dir: Path
@@ -38,6 +39,7 @@ class ServeConfig:
     scorer: str = "fast"
     epsilon_budget: float | None = None
     coarse: str = "auto"
+    hidden_cache: int = 50_000
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir))
@@ -51,6 +53,8 @@ class ServeConfig:
             raise ConfigError(f"serve.max-batch={self.max_batch!r} must be >= 1")
         if self.epsilon_budget is not None and not self.epsilon_budget > 0:
             raise ConfigError(f"serve.epsilon-budget={self.epsilon_budget!r} must be > 0")
+        if self.hidden_cache < 0:
+            raise ConfigError(f"serve.hidden-cache={self.hidden_cache!r} must be >= 0 (0 turns it off)")
         if self.coarse not in ("auto", "bf16", "off"):
             raise ConfigError(f"serve.coarse={self.coarse!r}; choose auto, bf16 or off")
         if self.scorer not in SCORERS:

@@ -63,6 +63,12 @@ class ServingMetrics:
             "Requests whose bf16 certificate failed and were rescored in full float32",
             registry=r,
         )
+        self.encoder_cache = Counter(
+            "fedrec_encoder_cache",
+            "Scored histories whose encoder output was cached or computed",
+            ["result"],
+            registry=r,
+        )
         self.swaps = Counter("fedrec_model_swaps", "Model versions swapped in", registry=r)
         self.swap_failures = Counter("fedrec_model_swap_failures", "New model versions refused", registry=r)
         self.customers = Gauge("fedrec_customers_in_memory", "Customers with a history in memory", registry=r)

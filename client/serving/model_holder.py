@@ -17,7 +17,7 @@ from pathlib import Path
 
 from client import model_store
 from client.serving.metrics import ServingMetrics
-from client.serving.scoring import ServingModel
+from client.serving.scoring import DEFAULT_CACHE_SIZE, ServingModel
 from shared.errors import FedrecError
 from shared.serde import META, WEIGHTS, load_model, read_meta
 
@@ -45,10 +45,16 @@ def _stamp(directory: Path) -> tuple:
 
 class ModelHolder:
     def __init__(
-        self, state_dir: Path, catalog_hash: str, metrics: ServingMetrics, coarse: str = "auto"
+        self,
+        state_dir: Path,
+        catalog_hash: str,
+        metrics: ServingMetrics,
+        coarse: str = "auto",
+        hidden_cache: int = DEFAULT_CACHE_SIZE,
     ) -> None:
         self.state_dir = state_dir
         self.coarse = coarse
+        self.hidden_cache = hidden_cache
         self.catalog_hash = catalog_hash
         self.metrics = metrics
         self.current: ServingModel | None = None  # read without the lock: one reference, replaced whole
@@ -77,7 +83,7 @@ class ModelHolder:
             self._refuse(version, str(err))
             return None
         self._refused.pop(version, None)
-        return ServingModel.build(version, meta, model, coarse=self.coarse)
+        return ServingModel.build(version, meta, model, coarse=self.coarse, cache_size=self.hidden_cache)
 
     def _install(self, serving: ServingModel) -> None:
         with self._swap_lock:

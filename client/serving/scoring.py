@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from client.serving.hidden_cache import HiddenCache
 from shared.models import PAD, SequentialRecommender
 from shared.serde import ModelMeta
 
@@ -39,6 +40,7 @@ MARGIN = (
 _BOUND = 4 * 2.0**-8 + 2.0**-20
 _FP32_SLACK = 2.0**-20
 _SMALL_CATALOG = 4096  # below this the float32 pass is already cheap
+DEFAULT_CACHE_SIZE = 50_000  # windows whose encoder output is kept: 50k x 64 floats = 13 MB
 
 
 @dataclass(frozen=True)
@@ -53,11 +55,17 @@ class ServingModel:
     coarse_weight: torch.Tensor | None  # [V, H] bfloat16, or None for single-stage float32
     norms: torch.Tensor  # [V] |w_j|, for the coarse bound
     bias_upper: torch.Tensor  # [V] bias + float32 slack, for the coarse bound
+    hidden_cache: HiddenCache = field(default_factory=lambda: HiddenCache(0))
     loaded_at: float = field(default_factory=time.time)
 
     @classmethod
     def build(
-        cls, version: str, meta: ModelMeta, model: SequentialRecommender, coarse: str = "auto"
+        cls,
+        version: str,
+        meta: ModelMeta,
+        model: SequentialRecommender,
+        coarse: str = "auto",
+        cache_size: int = DEFAULT_CACHE_SIZE,
     ) -> ServingModel:
         model.eval()
         weight, bias = model.item_matrix()
@@ -66,7 +74,17 @@ class ServingModel:
         bias[PAD] = float("-inf")
         coarse_weight = weight.to(torch.bfloat16).contiguous() if _use_coarse(weight, coarse) else None
         bias_upper = bias + torch.nan_to_num(bias.abs(), posinf=0.0) * _FP32_SLACK  # PAD stays -inf
-        return cls(version, meta, model, weight, bias, coarse_weight, weight.norm(dim=1), bias_upper)
+        return cls(
+            version,
+            meta,
+            model,
+            weight,
+            bias,
+            coarse_weight,
+            weight.norm(dim=1),
+            bias_upper,
+            HiddenCache(cache_size),
+        )
 
     @property
     def max_len(self) -> int:
@@ -187,11 +205,17 @@ def _two_stage(
     return results
 
 
+def _encode(serving: ServingModel, windows: Sequence[np.ndarray]) -> torch.Tensor:
+    """``[B, H]``: the encoder's state after each window's last item, one batched forward."""
+    items = left_padded(windows, serving.max_len)
+    return serving.model.encode(items)[:, -1, :].float()
+
+
 def score_batch(serving: ServingModel, requests: Sequence[ScoreRequest]) -> list[ScoreResult]:
     """Exact float32 top-k for every request in one pass over the item matrix."""
-    items = left_padded([r.history for r in requests], serving.max_len)
+    windows = [r.history[-serving.max_len :] for r in requests]
     with torch.inference_mode():
-        hidden = serving.model.encode(items)[:, -1, :].float().contiguous()  # [B, H]
+        hidden = serving.hidden_cache.lookup(windows, lambda todo: _encode(serving, todo)).contiguous()
         if serving.coarse_weight is None:
             return _exact(serving, hidden, requests, fallback=False)
         return _two_stage(serving, hidden, requests)

@@ -51,7 +51,9 @@ class Services:
         self.index_of = self.catalog.index_of  # item id -> model index (1-based)
         self.histories = HistoryStore(self.catalog.n_items, config.history_keep)
         self._load_histories()
-        self.holder = ModelHolder(config.state_dir, self.catalog.content_hash, self.metrics, config.coarse)
+        self.holder = ModelHolder(
+            config.state_dir, self.catalog.content_hash, self.metrics, config.coarse, config.hidden_cache
+        )
         self.holder.initial_load()
         self.event_log = EventLog(self.layout.events)
         self.scorer: LoopBatcher[ScoreRequest, ScoreResult] = LoopBatcher(self._score, config.max_batch)
@@ -92,7 +94,11 @@ class Services:
         if serving is None:
             raise RuntimeError("no model loaded")
         self.metrics.batch_size.observe(len(requests))
+        cache = serving.hidden_cache
+        hits, misses = cache.hits, cache.misses
         results = score_batch(serving, requests)
+        self.metrics.encoder_cache.labels("hit").inc(cache.hits - hits)
+        self.metrics.encoder_cache.labels("miss").inc(cache.misses - misses)
         fallbacks = sum(r.exact_fallback for r in results)
         if fallbacks:
             self.metrics.exact_fallbacks.inc(fallbacks)
