@@ -22,8 +22,8 @@ from torch.utils.data import DataLoader
 
 from shared.data.sequences import TrainSequenceDataset, trim_padding
 from shared.errors import ConfigError
-from shared.models.base import SequentialRecommender, per_record_loss
-from shared.privacy.dp_sgd import GRAD_SAMPLE_MODES, dp_backward, wrap_private
+from shared.models.base import SequentialRecommender
+from shared.privacy.dp_sgd import GRAD_SAMPLE_MODES, dp_loss_backward, wrap_private
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,8 @@ class DPTrainConfig:
     max_grad_norm : float
         Per-customer clipping bound C (default 1.0); the Gaussian noise has std ``noise_multiplier * C``.
     grad_sample_mode : str
-        ``ghost`` (default) or ``hooks`` (reference; materialises per-sample gradients).
+        ``bk`` (default: book-keeping output layer + ghost-clipped encoder), ``ghost`` (Opacus ghost
+        clipping throughout) or ``hooks`` (reference; materialises per-sample gradients).
     loss_window : int or None
         Only each customer's most recent ``loss_window`` positions carry a loss (default 10; median history
         on amazon-beauty is 6). The full-catalog output layer is the dominant cost and a Poisson batch is as
@@ -50,7 +51,7 @@ class DPTrainConfig:
     expected_batch_size: int = 256
     lr: float = 1e-3
     max_grad_norm: float = 1.0
-    grad_sample_mode: str = "ghost"
+    grad_sample_mode: str = "bk"
     label_smoothing: float = 0.0
     loss_window: int | None = 10
 
@@ -150,8 +151,15 @@ def train_private(
     try:
         for inputs, targets in loader:
             dp_opt.zero_grad(set_to_none=True)
-            losses = per_record_loss(module, inputs, targets, cfg.label_smoothing, cfg.loss_window)
-            dp_backward(module, dp_opt, losses, cfg.grad_sample_mode)
+            losses = dp_loss_backward(
+                module,
+                dp_opt,
+                inputs,
+                targets,
+                cfg.grad_sample_mode,
+                label_smoothing=cfg.label_smoothing,
+                loss_window=cfg.loss_window,
+            )
             dp_opt.step()
             if losses.numel():
                 total += float(losses.detach().sum())

@@ -48,7 +48,7 @@ class LocalTrainingConfig:
     batch_size: int = 64
     lr: float = 3e-3
     max_grad_norm: float = 1.0
-    grad_sample_mode: str = "ghost"
+    grad_sample_mode: str = "bk"
     loss_window: int | None = 10
 
     def to_dp_config(self):  # -> client.dp_training.DPTrainConfig (imported lazily: it pulls in Opacus)
@@ -369,7 +369,12 @@ def _validate(c: FederationConfig) -> None:
     _need(t.batch_size >= 1, "batch-size", t.batch_size, "must be >= 1")
     _need(t.lr > 0, "lr", t.lr, "must be > 0")
     _need(t.max_grad_norm > 0, "max-grad-norm", t.max_grad_norm, "must be > 0")
-    _need(t.grad_sample_mode in ("ghost", "hooks"), "grad-sample-mode", t.grad_sample_mode, "ghost or hooks")
+    _need(
+        t.grad_sample_mode in ("bk", "ghost", "hooks"),
+        "grad-sample-mode",
+        t.grad_sample_mode,
+        "bk, ghost or hooks",
+    )
     q = c.personalization
     _need(q.epochs >= 1, "finetune-epochs", q.epochs, "must be >= 1")
     _need(q.lr > 0, "finetune-lr", q.lr, "must be > 0")

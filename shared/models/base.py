@@ -102,6 +102,10 @@ class SequentialRecommender(nn.Module):
         table = self.item_table if self.config.tie_output else self.item_emb
         return table(items) * mask  # [B, T, H]
 
+    def project_layer(self) -> nn.Module:
+        """The module that scores hidden states against every item (the tied table, or the output layer)."""
+        return self.item_table if self.config.tie_output else self.output
+
     def project(self, hidden: torch.Tensor) -> torch.Tensor:
         """Hidden states ``[..., H]`` to scores over every item ``[..., V]``."""
         return self.item_table(hidden) if self.config.tie_output else self.output(hidden)

@@ -91,6 +91,8 @@ class TiedGhostClippingModule(GradSampleModuleFastGradientClipping):
         parts[kind] = (activations[0], backprops)
         if not module.activations:  # both calls of this forward have been back-propagated
             weight_norm, bias_norm = tied_norms(parts.get("lookup"), parts.get("project"))
+            if "project" not in parts:  # the projection is done outside autograd (book-keeping) and
+                module.__dict__["_tied_lookup"] = parts["lookup"]  # needs the lookup's backprops
             module.weight._norm_sample = weight_norm
             module.bias._norm_sample = bias_norm if bias_norm is not None else torch.zeros_like(weight_norm)
             parts.clear()

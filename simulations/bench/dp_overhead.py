@@ -2,8 +2,9 @@
 
 For each model and catalog size (12k = amazon-beauty's 12,101 items; 100k = synthetic), batch 256, history
 length 50 (every position real), dim 64, it measures in one run:
-(a) the non-private step, (b) our DP step (ghost clipping, tied-aware), (c) naive Opacus hooks, which
-materialise per-sample gradients of every table -- skipped, with the reason, when they cannot fit in memory.
+(a) the non-private step, (b) our DP step (``bk``: book-keeping output layer, ghost-clipped encoder, tied-aware),
+(c) Opacus's own ghost clipping throughout (tied-aware; two full backward passes), and (d) naive Opacus hooks,
+which materialise per-sample gradients of every table -- skipped, with the reason, when they cannot fit.
 Each configuration runs in its own process (clean peak-memory reading); the median step time over the timed
 steps and the peak RSS are reported as ratios to the non-private step.
 """
@@ -24,7 +25,7 @@ from rich.table import Table
 
 from shared.atomic import atomic_write_text
 
-MODES = ("plain", "ghost", "hooks")
+MODES = ("plain", "bk", "ghost", "hooks")
 MEMORY_LIMIT_BYTES = 14 * 2**30  # leave room on a 24 GiB machine shared with other work
 
 
@@ -38,8 +39,8 @@ def measure(kind: str, n_items: int, mode: str, batch: int, steps: int, warmup: 
     """Runs inside the child process: build the model, time ``steps`` steps after ``warmup``."""
     import torch
 
-    from shared.models import ModelConfig, build_model, per_record_loss, token_losses
-    from shared.privacy.dp_sgd import dp_backward, wrap_private
+    from shared.models import ModelConfig, build_model, token_losses
+    from shared.privacy.dp_sgd import dp_loss_backward, wrap_private
 
     torch.manual_seed(0)
     torch.set_num_threads(int(os.environ.get("FEDREC_THREADS", os.cpu_count() or 1)))
@@ -67,7 +68,7 @@ def measure(kind: str, n_items: int, mode: str, batch: int, steps: int, warmup: 
 
         def step() -> None:
             dp_opt.zero_grad(set_to_none=True)
-            dp_backward(module, dp_opt, per_record_loss(module, inputs, targets), mode)
+            dp_loss_backward(module, dp_opt, inputs, targets, mode)
             dp_opt.step()
 
     times = []
@@ -135,19 +136,23 @@ def main(args: argparse.Namespace, console: Console) -> int:
         "ours s/step",
         "ours/plain time",
         "ours/plain peak mem",
+        "opacus ghost s/step",
+        "ghost/ours time",
         "hooks s/step",
         "hooks/ours time",
     ):
         table.add_column(col, justify="left" if col == "model" else "right")
     summary = []
     for r in rows:
-        p, g, h = r["plain"], r["ghost"], r["hooks"]
+        p, g, o, h = r["plain"], r["bk"], r["ghost"], r["hooks"]
         t_ratio = g["median_s"] / p["median_s"] if "median_s" in g and "median_s" in p else None
         m_ratio = g["peak_rss_bytes"] / p["peak_rss_bytes"] if t_ratio else None
+        o_ratio = o["median_s"] / g["median_s"] if "median_s" in o and "median_s" in g else None
         h_ratio = h["median_s"] / g["median_s"] if "median_s" in h and "median_s" in g else None
         r["ratios"] = {
             "ours_over_plain_time": t_ratio,
             "ours_over_plain_peak_memory": m_ratio,
+            "opacus_ghost_over_ours_time": o_ratio,
             "hooks_over_ours_time": h_ratio,
         }
         table.add_row(
@@ -157,12 +162,14 @@ def main(args: argparse.Namespace, console: Console) -> int:
             _fmt(g),
             _ratio(t_ratio),
             _ratio(m_ratio),
+            _fmt(o),
+            _ratio(o_ratio),
             _fmt(h),
             _ratio(h_ratio),
         )
         summary.append(
             f"{r['model']}@{r['n_items'] // 1000}k time x{_ratio(t_ratio)} mem x{_ratio(m_ratio)}"
-            f" hooks/ours x{_ratio(h_ratio)}"
+            f" ghost/ours x{_ratio(o_ratio)} hooks/ours x{_ratio(h_ratio)}"
         )
     console.print(table)
     out = args.out / ("dp-overhead-quick.json" if args.quick else "dp-overhead.json")
