@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("runs/bench"))
     bench.add_argument("--untied", action="store_true", help="dp-overhead: untied output layers")
     bench.add_argument("--timeout", type=float, default=900.0, help="dp-overhead: seconds per configuration")
+    bench.add_argument(
+        "--epsilons", nargs="+", type=float, default=None, help="dp-utility: budgets (default 1 3 8)"
+    )
 
     synth = sub.add_parser("synth", help="write the synthetic multi-store data set to a folder")
     synth.add_argument("--out", type=Path, required=True)

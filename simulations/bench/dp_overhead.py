@@ -2,9 +2,10 @@
 
 For each model and catalog size (12k = amazon-beauty's 12,101 items; 100k = synthetic), batch 256, history
 length 50 (every position real), dim 64, it measures in one run:
-(a) the non-private step, (b) our DP step (``bk``: book-keeping output layer, ghost-clipped encoder, tied-aware),
-(c) Opacus's own ghost clipping throughout (tied-aware; two full backward passes), and (d) naive Opacus hooks,
-which materialise per-sample gradients of every table -- skipped, with the reason, when they cannot fit.
+(a) the non-private step, (b) our DP step (``bk``: book-keeping output layer, ghost-clipped encoder,
+tied-aware), (c) Opacus's own ghost clipping throughout (tied-aware; two full backward passes), and (d) naive
+Opacus hooks, which materialise per-sample gradients of every table -- skipped, with the reason, when they
+cannot fit.
 Each configuration runs in its own process (clean peak-memory reading); the median step time over the timed
 steps and the peak RSS are reported as ratios to the non-private step.
 """
