@@ -73,6 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--out", type=Path, default=Path("runs/bench"))
     bench.add_argument("--untied", action="store_true", help="dp-overhead: untied output layers")
     bench.add_argument("--timeout", type=float, default=900.0, help="dp-overhead: seconds per configuration")
+    bench.add_argument("--dp-batch", type=int, default=None, help="dp-utility: expected Poisson batch")
+    bench.add_argument("--dp-epochs", type=float, default=None, help="dp-utility: epochs (sets the steps)")
+    bench.add_argument("--dp-lr", type=float, default=None, help="dp-utility: Adam learning rate")
     bench.add_argument(
         "--epsilons", nargs="+", type=float, default=None, help="dp-utility: budgets (default 1 3 8)"
     )

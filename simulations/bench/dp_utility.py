@@ -55,6 +55,8 @@ def main(args: argparse.Namespace, console: Console) -> int:
     kinds = args.models or ["transformer", "rnn", "dnn"]
     epsilons = tuple(args.epsilons or ((8.0,) if args.quick else EPSILONS))
     dp_cfg = DPTrainConfig(epochs=1, expected_batch_size=256, lr=3e-3) if args.quick else DP_TRAIN
+    overrides = {"expected_batch_size": args.dp_batch, "epochs": args.dp_epochs, "lr": args.dp_lr}
+    dp_cfg = replace(dp_cfg, **{k: v for k, v in overrides.items() if v is not None})
     name, interactions, catalog = load_interactions(dataset)
     reference = non_private_reference(args.out, name)
     out = args.out / ("dp-utility-quick.json" if args.quick else "dp-utility.json")
@@ -124,9 +126,25 @@ def main(args: argparse.Namespace, console: Console) -> int:
                 f"NDCG@10 {test['ndcg@10']:.4f} in {row['train_seconds']:.0f} s"
             )
     table = Table(title=f"dp-utility on {name}: customer-level DP-SGD, delta {DELTA}, RDP, full ranking")
-    for col in ("model", "epsilon", "sigma", "NDCG@10", "HR@10", "non-private NDCG@10", "ratio", "train s"):
+    for col in (
+        "model",
+        "epsilon",
+        "batch x epochs",
+        "steps",
+        "sigma",
+        "NDCG@10",
+        "HR@10",
+        "non-private NDCG@10",
+        "ratio",
+        "train s",
+    ):
         table.add_column(col, justify="left" if col == "model" else "right")
     summary = []
+    # Every row on record (this run's and earlier runs' with other models or settings), one table.
+    rows = sorted(
+        rows + list(kept.values()),
+        key=lambda r: (r["model"], -r["epsilon_target"], r["dp_config"]["expected_batch_size"]),
+    )
     for r in rows:
         ref = r["non_private_ndcg@10"]
         ratio = r["test"]["ndcg@10"] / ref if ref else None
@@ -134,6 +152,8 @@ def main(args: argparse.Namespace, console: Console) -> int:
         table.add_row(
             r["model"],
             f"{r['epsilon_spent']:.2f}",
+            f"{r['dp_config']['expected_batch_size']} x {r['dp_config']['epochs']:g}",
+            str(r["steps"]),
             f"{r['noise_multiplier']:.3f}",
             f"{r['test']['ndcg@10']:.4f}",
             f"{r['test']['hr@10']:.4f}",
@@ -142,14 +162,15 @@ def main(args: argparse.Namespace, console: Console) -> int:
             f"{r['train_seconds']:.0f}",
         )
         summary.append(
-            f"{r['model']}@eps{r['epsilon_target']:g} NDCG@10 {r['test']['ndcg@10']:.4f}"
-            + (f" ({ratio:.2f}x non-private)" if ratio else "")
+            f"{r['model']}@eps{r['epsilon_target']:g}"
+            f"(B{r['dp_config']['expected_batch_size']}x{r['dp_config']['epochs']:g}ep)"
+            f" NDCG@10 {r['test']['ndcg@10']:.4f}" + (f" ({ratio:.2f}x non-private)" if ratio else "")
         )
     console.print(table)
     console.print(
         "note: a person who shops at k stores is k customers; each epsilon covers one store's records."
     )
-    atomic_write_text(out, json.dumps({"rows": rows + list(kept.values())}, indent=2))
+    atomic_write_text(out, json.dumps({"rows": rows}, indent=2))
     console.print("dp-utility: " + " | ".join(summary))
     console.print(f"json: {out}")
     return 0
