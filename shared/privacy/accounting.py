@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, asdict, dataclass, fields
 from typing import Any
@@ -374,16 +375,20 @@ def calibrate_noise(
     try:
         # RDP without prior events is exactly Opacus's own calibration; otherwise it is only a first guess
         # (PRV needs a little less noise, prior events need more), so a coarse tolerance saves evaluations.
-        sigma = float(
-            get_noise_multiplier(
-                target_epsilon=target,
-                target_delta=delta,
-                sample_rate=float(sample_rate),
-                steps=planned_steps_total,
-                accountant="rdp",
-                epsilon_tolerance=epsilon_tolerance if exact else max(epsilon_tolerance, 0.05 * target),
+        with warnings.catch_warnings():
+            # Its bisection probes tiny sigmas, where the best RDP order is the largest one; only the answer
+            # matters, and that is recomputed below.
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            sigma = float(
+                get_noise_multiplier(
+                    target_epsilon=target,
+                    target_delta=delta,
+                    sample_rate=float(sample_rate),
+                    steps=planned_steps_total,
+                    accountant="rdp",
+                    epsilon_tolerance=epsilon_tolerance if exact else max(epsilon_tolerance, 0.05 * target),
+                )
             )
-        )
     except ValueError as exc:  # "The privacy budget is too low." (sigma > 1e6)
         raise BudgetExhaustedError(
             f"no noise multiplier meets epsilon {target} over {planned_steps_total} steps at q={sample_rate} "

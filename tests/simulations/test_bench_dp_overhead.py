@@ -1,4 +1,4 @@
-"""The dp-overhead benchmark's measurement runs every mode it compares (tiny sizes: a smoke test, no timing)."""
+"""The dp-overhead benchmark measures every mode it compares (tiny sizes: a smoke test, no timing)."""
 
 from __future__ import annotations
 
