@@ -34,7 +34,7 @@ EPSILONS = (1.0, 3.0, 8.0)
 DELTA = 1e-5
 # Chosen at epsilon 8 on the transformer (test NDCG@10): batch 1024 x 8 epochs 0.0073, 256 x 20 0.0094,
 # 512 x 20 0.0113. At 175 steps epsilon 1, 3 and 8 scored alike: the number of steps was the limit.
-DP_TRAIN = DPTrainConfig(epochs=20, expected_batch_size=512, lr=3e-3, max_grad_norm=1.0)
+DP_TRAIN = DPTrainConfig(epochs=20.0, expected_batch_size=512, lr=3e-3, max_grad_norm=1.0)
 # DP noise already regularises; the non-private presets' heavy dropout only slows the few noisy steps down.
 DP_MODEL_OVERRIDES = {"dropout": 0.1, "emb_dropout": 0.1}
 
@@ -48,8 +48,17 @@ def non_private_reference(out_dir: Path, dataset: str) -> dict[str, float]:
 
 
 def _key(row: dict) -> str:
+    """Identity of a run: same data, model, budget and configs (numbers compared as floats: 20 == 20.0)."""
     fields = ("dataset", "model", "epsilon_target", "model_config", "dp_config", "customers")
-    return json.dumps({k: row.get(k) for k in fields}, sort_keys=True)
+
+    def canonical(value):
+        if isinstance(value, dict):
+            return {k: canonical(v) for k, v in value.items()}
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        return value
+
+    return json.dumps({k: canonical(row.get(k)) for k in fields}, sort_keys=True)
 
 
 def main(args: argparse.Namespace, console: Console) -> int:
