@@ -56,8 +56,8 @@ def book_keeping_backward(
     hidden = inner.encode(inputs)  # [B, T, H]; Opacus's hooks record the encoder's activations
     if loss_window is not None and loss_window < hidden.shape[1]:
         hidden, targets = hidden[:, -loss_window:], targets[:, -loss_window:]
-    tied = isinstance(inner.project_layer(), TiedItemTable)
     layer = inner.project_layer()
+    tied = isinstance(layer, TiedItemTable)
     out = _output_layer_pass(
         hidden.detach(),
         targets,
@@ -100,25 +100,28 @@ def _accumulate(param: torch.nn.Parameter, grad: torch.Tensor) -> None:
 class _OutputPass:
     """What one pass over the output layer leaves behind: losses, ``dh``, norms, and G for the final sum."""
 
-    def __init__(self, hidden: torch.Tensor, n_items: int, batch: int, width: int, with_cross: int) -> None:
+    def __init__(self, hidden: torch.Tensor, weight_shape: torch.Size, lookup_width: int) -> None:
+        batch, width, _ = hidden.shape
         self.hidden = hidden  # [B, W, H]
+        self.weight_shape = weight_shape
         self.dh = torch.zeros_like(hidden)
         self.losses = torch.zeros(batch, dtype=hidden.dtype)
         self.weight_sq = torch.zeros(batch, dtype=hidden.dtype)
         self.bias_sq = torch.zeros(batch, dtype=hidden.dtype)
-        self.cross_gather = torch.zeros(batch, width, with_cross, dtype=hidden.dtype) if with_cross else None
+        self.cross_gather = (
+            torch.zeros(batch, width, lookup_width, dtype=hidden.dtype) if lookup_width else None
+        )
         self.chunks: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []  # (G, record, h rows)
 
     def clipped_sums(self, coef: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``sum_i c_i dW_i`` and ``sum_i c_i db_i``: one product per chunk over the rows."""
-        weight = bias = None
+        weight = torch.zeros(self.weight_shape, dtype=self.hidden.dtype)  # stays zero if no row has a target
+        bias = torch.zeros(self.weight_shape[0], dtype=self.hidden.dtype)
         for g, record, h_rows in self.chunks:
             scaled = g.mul_(coef[record].unsqueeze(1))  # G is not needed after this
-            w, b = scaled.T @ h_rows, scaled.sum(dim=0)
-            weight = w if weight is None else weight.add_(w)
-            bias = b if bias is None else bias.add_(b)
+            weight.addmm_(scaled.T, h_rows)
+            bias.add_(scaled.sum(dim=0))
         self.chunks.clear()
-        assert weight is not None and bias is not None
         return weight, bias
 
 
@@ -137,7 +140,7 @@ def _output_layer_pass(
     count = real.sum(dim=1).clamp(min=1).to(hidden.dtype)
     record, position = real.nonzero(as_tuple=True)  # record-major: each record's rows are contiguous
     starts = torch.searchsorted(record, torch.arange(batch + 1))
-    result = _OutputPass(hidden, n_classes, batch, width, 0 if lookup_ids is None else lookup_ids.shape[1])
+    result = _OutputPass(hidden, weight.shape, 0 if lookup_ids is None else lookup_ids.shape[1])
     per_chunk = max(1, chunk_elements // max(1, width * n_classes))
     for r0 in range(0, batch, per_chunk):
         r1 = min(batch, r0 + per_chunk)

@@ -86,3 +86,12 @@ def test_empty_batch_leaves_zero_gradients(kind):
     losses = book_keeping_backward(module, inputs[:0], targets[:0])
     assert losses.numel() == 0
     assert all(p.grad is not None and not p.grad.any() for p in module.parameters())
+
+
+def test_a_batch_without_any_target_clips_nothing_and_leaves_zero_gradients():
+    model = make_model("dnn-tied")
+    module = make_ghost_module(model, 1.0)
+    inputs, targets = make_batch()
+    losses = book_keeping_backward(module, inputs, torch.zeros_like(targets))
+    assert not losses.any()
+    assert all(p.grad is not None and not p.grad.any() for p in module.parameters())
