@@ -309,7 +309,7 @@ def calibrate_noise(
     *,
     unit: str = DEFAULT_UNIT,
     epsilon_tolerance: float = 0.01,
-    sigma_rtol: float = 1e-3,
+    sigma_rtol: float = 1e-4,
 ) -> float:
     """Smallest practical noise multiplier that keeps epsilon(prior + whole remaining plan) <= epsilon_max.
 
@@ -333,7 +333,7 @@ def calibrate_noise(
         The resulting epsilon is within this of ``epsilon_max`` (not wastefully noisy). Without prior events
         under RDP this is exactly Opacus's ``get_noise_multiplier``; otherwise a root search on top of the
         prior events (same tolerance).
-    sigma_rtol : float, default 1e-3
+    sigma_rtol : float, default 1e-4
         The root search also stops once sigma is known to this relative precision (where epsilon is flat in
         sigma, i.e. the remaining budget is tiny); the verification step-up uses the same factor.
 

@@ -16,7 +16,7 @@ import re
 import dp_accounting
 import pytest
 from dp_accounting import pld, rdp
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from opacus.accountants import RDPAccountant
 
@@ -173,6 +173,7 @@ def test_calibrated_noise_meets_budget_tightly(epsilon_max: float, q: float, ste
     prior_sigma=st.floats(min_value=1.0, max_value=3.0),
     steps=st.integers(10, 500),
 )
+@example(prior_rounds=3, prior_sigma=2.0, steps=425)  # once 0.015 short: the sigma search stopped too early
 def test_calibration_on_top_of_prior_rounds_meets_budget_tightly(
     prior_rounds: int, prior_sigma: float, steps: int
 ) -> None:
