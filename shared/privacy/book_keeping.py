@@ -63,7 +63,7 @@ def book_keeping_backward(
         targets,
         layer.weight.detach(),
         layer.bias.detach(),
-        inputs if tied else None,
+        layer.activations[-1][0] if tied else None,  # the ids the table looked up (the model's window)
         label_smoothing,
         chunk_elements,
     )
