@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from client.serving.hidden_cache import DEFAULT_CACHE_SIZE
 from shared.cli_support import run_cli
 from shared.data.catalog import Catalog
 from shared.data.prepare import prepare
@@ -53,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--hidden-cache",
         type=int,
-        default=50_000,
+        default=DEFAULT_CACHE_SIZE,
         help="history windows whose encoder output is kept (0 = off; a new event is a new window)",
     )
     serve.add_argument(

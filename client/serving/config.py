@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from client.serving.hidden_cache import DEFAULT_CACHE_SIZE
 from shared.errors import ConfigError
 
 SCORERS = ("fast", "naive")
@@ -39,7 +40,7 @@ class ServeConfig:
     scorer: str = "fast"
     epsilon_budget: float | None = None
     coarse: str = "auto"
-    hidden_cache: int = 50_000
+    hidden_cache: int = DEFAULT_CACHE_SIZE
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state_dir", Path(self.state_dir))

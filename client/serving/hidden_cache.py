@@ -15,6 +15,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+DEFAULT_CACHE_SIZE = 50_000  # windows whose encoder output is kept: 50k x 64 floats = 13 MB
+
 
 class HiddenCache:
     """``lookup(windows, encode)``: cached rows where present, one ``encode`` call for the rest."""

@@ -16,8 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from client import model_store
+from client.serving.hidden_cache import DEFAULT_CACHE_SIZE
 from client.serving.metrics import ServingMetrics
-from client.serving.scoring import DEFAULT_CACHE_SIZE, ServingModel
+from client.serving.scoring import ServingModel
 from shared.errors import FedrecError
 from shared.serde import META, WEIGHTS, load_model, read_meta
 

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from client.serving.hidden_cache import HiddenCache
+from client.serving.hidden_cache import DEFAULT_CACHE_SIZE, HiddenCache
 from shared.models import PAD, SequentialRecommender
 from shared.serde import ModelMeta
 
@@ -40,7 +40,6 @@ MARGIN = (
 _BOUND = 4 * 2.0**-8 + 2.0**-20
 _FP32_SLACK = 2.0**-20
 _SMALL_CATALOG = 4096  # below this the float32 pass is already cheap
-DEFAULT_CACHE_SIZE = 50_000  # windows whose encoder output is kept: 50k x 64 floats = 13 MB
 
 
 @dataclass(frozen=True)
