@@ -129,7 +129,7 @@ class StoreClient(NumPyClient):
             return self._declined(global_arrays, ledger.epsilon(), reason, {**base, **spent}, start)
 
         model = arrays_to_model(self.cfg, store.catalog.n_items, global_arrays)
-        plan = PrivacyPlan(budget=budget, rounds=rounds, dp=self.cfg.local.to_dp_config())
+        plan = PrivacyPlan(budget=budget, rounds=rounds, dp=self.cfg.local.to_dp_config(round_id))
         weight = store_weight(len(store.data.train), max_weight)
         pending: dict[str, Any] = {}
 
@@ -195,7 +195,7 @@ class StoreClient(NumPyClient):
         seed = self._seed(round_id) or 0
         torch.manual_seed(seed)
         train_cfg = TrainConfig(
-            batch_size=min(128, self.cfg.local.batch_size), lr=self.cfg.local.lr, seed=seed
+            batch_size=min(128, self.cfg.local.batch_size), lr=self.cfg.local.round_lr(round_id), seed=seed
         )
         optimizer = make_optimizer(model, train_cfg)
         rng = np.random.default_rng(seed)

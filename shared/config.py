@@ -41,7 +41,10 @@ class LocalTrainingConfig:
 
     ``epochs`` local epochs per round (steps = ceil(epochs / q), q = batch_size / customers), Poisson batches
     of mean ``batch_size`` customers, Adam with ``lr``, per-customer clipping norm ``max_grad_norm`` (C),
-    loss on each customer's most recent ``loss_window`` positions (None = all).
+    loss on each customer's most recent ``loss_window`` positions (None = all). The local learning rate of
+    round ``r`` is ``lr * lr_decay ** (r - 1)``: every store fresh-starts Adam each round, whose first steps
+    move every coordinate by about ``lr``, so a constant rate keeps the averaged model jittering around the
+    optimum; decaying it across rounds plays the part of the centralized run's plateau decay.
     """
 
     epochs: float = 3.0
@@ -50,14 +53,21 @@ class LocalTrainingConfig:
     max_grad_norm: float = 1.0
     grad_sample_mode: str = "bk"
     loss_window: int | None = 10
+    lr_decay: float = 1.0
 
-    def to_dp_config(self):  # -> client.dp_training.DPTrainConfig (imported lazily: it pulls in Opacus)
+    def round_lr(self, round_id: int) -> float:
+        """The local learning rate of round ``round_id`` (1-based)."""
+        return self.lr * self.lr_decay ** max(0, round_id - 1)
+
+    def to_dp_config(self, round_id: int = 1):
+        """The DP training config of round ``round_id`` (``client.dp_training.DPTrainConfig``, imported
+        lazily: it pulls in Opacus)."""
         from client.dp_training import DPTrainConfig
 
         return DPTrainConfig(
             epochs=self.epochs,
             expected_batch_size=self.batch_size,
-            lr=self.lr,
+            lr=self.round_lr(round_id),
             max_grad_norm=self.max_grad_norm,
             grad_sample_mode=self.grad_sample_mode,
             loss_window=self.loss_window,
@@ -304,6 +314,7 @@ RUN_CONFIG_KEYS: dict[str, _Key] = {
     "local-epochs": ("local", "epochs", _float),
     "batch-size": ("local", "batch_size", _int),
     "lr": ("local", "lr", _float),
+    "lr-decay": ("local", "lr_decay", _float),
     "max-grad-norm": ("local", "max_grad_norm", _float),
     "grad-sample-mode": ("local", "grad_sample_mode", _str),
     "loss-window": ("local", "loss_window", _optional_window),
@@ -368,6 +379,7 @@ def _validate(c: FederationConfig) -> None:
     _need(t.epochs > 0, "local-epochs", t.epochs, "must be > 0")
     _need(t.batch_size >= 1, "batch-size", t.batch_size, "must be >= 1")
     _need(t.lr > 0, "lr", t.lr, "must be > 0")
+    _need(0 < t.lr_decay <= 1, "lr-decay", t.lr_decay, "must be in (0, 1]")
     _need(t.max_grad_norm > 0, "max-grad-norm", t.max_grad_norm, "must be > 0")
     _need(
         t.grad_sample_mode in ("bk", "ghost", "hooks"),

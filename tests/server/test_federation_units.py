@@ -38,11 +38,20 @@ def test_pyproject_defaults_parse_to_the_config_defaults_and_round_trip():
         ("dp", "yes", "dp"),
         ("no-such-key", 1, "unknown run config key 'no-such-key'"),
         ("delta", 2.0, "delta"),
+        ("lr-decay", 1.5, "lr-decay"),
+        ("lr-decay", 0.0, "lr-decay"),
     ],
 )
 def test_bad_run_config_names_the_key_and_the_value(key, value, fragment):
     with pytest.raises(ConfigError, match=fragment):
         FederationConfig.from_run_config({key: value})
+
+
+def test_local_learning_rate_decays_by_round_for_both_training_paths():
+    cfg = FederationConfig.from_run_config({"lr": 0.01, "lr-decay": 0.5})
+    assert [cfg.local.round_lr(r) for r in (1, 2, 3)] == pytest.approx([0.01, 0.005, 0.0025])
+    assert cfg.local.to_dp_config(3).lr == pytest.approx(0.0025)
+    assert FederationConfig.from_run_config({"lr": 0.01}).local.to_dp_config(7).lr == pytest.approx(0.01)
 
 
 def test_a_store_budget_in_its_node_config_overrides_the_run():
