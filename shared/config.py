@@ -42,9 +42,9 @@ class LocalTrainingConfig:
     ``epochs`` local epochs per round (steps = ceil(epochs / q), q = batch_size / customers), Poisson batches
     of mean ``batch_size`` customers, Adam with ``lr``, per-customer clipping norm ``max_grad_norm`` (C),
     loss on each customer's most recent ``loss_window`` positions (None = all). The local learning rate of
-    round ``r`` is ``lr * lr_decay ** (r - 1)``: every store fresh-starts Adam each round, whose first steps
-    move every coordinate by about ``lr``, so a constant rate keeps the averaged model jittering around the
-    optimum; decaying it across rounds plays the part of the centralized run's plateau decay.
+    round ``r`` is ``lr * lr_decay ** (r - 1)`` (derived from the round id, so a resumed run gets the same
+    rate): every store starts Adam afresh each round, whose first steps move every coordinate by about
+    ``lr``; decaying the rate across rounds does what the centralized run's plateau decay does.
     """
 
     epochs: float = 3.0
