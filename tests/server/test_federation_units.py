@@ -47,7 +47,7 @@ def test_bad_run_config_names_the_key_and_the_value(key, value, fragment):
         FederationConfig.from_run_config({key: value})
 
 
-def test_local_learning_rate_decays_by_round_for_both_training_paths():
+def test_local_learning_rate_decays_by_round():
     cfg = FederationConfig.from_run_config({"lr": 0.01, "lr-decay": 0.5})
     assert [cfg.local.round_lr(r) for r in (1, 2, 3)] == pytest.approx([0.01, 0.005, 0.0025])
     assert cfg.local.to_dp_config(3).lr == pytest.approx(0.0025)
