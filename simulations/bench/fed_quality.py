@@ -11,7 +11,7 @@ every customer's test item -- the same test cases in all arms, since the stores 
   decaying 0.8 per round: at equal compute, 2 rounds x 8 local epochs reached validation NDCG@10 0.036
   where 4 x 4 reached 0.029 and 8 x 2 0.022 (averaging, not drift, was what held progress back here), and
   5e-3 beat the centralized 2e-3 (0.022 vs 0.018 after 8 x 2). Full runs of 96 local epochs: 16 x 6 gave
-  test NDCG@10 0.0378, 12 x 8 0.0399, 8 x 12 0.0409;
+  test NDCG@10 0.0378, 12 x 8 0.0399, 8 x 12 0.0409, 6 x 16 0.0408;
 * **federated DP**: customer-level DP-SGD at every store, epsilon 8 per store (delta 1e-5, RDP), SecAgg+; the
   last round's model (choosing a round on validation would itself spend privacy).
 
