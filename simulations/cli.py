@@ -79,6 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--epsilons", nargs="+", type=float, default=None, help="dp-utility: budgets (default 1 3 8)"
     )
+    bench.add_argument("--fed-rounds", type=int, default=None, help="fed-quality: federated arm's rounds")
+    bench.add_argument(
+        "--fed-local-epochs", type=float, default=None, help="fed-quality: federated arm's epochs per round"
+    )
+    bench.add_argument(
+        "--fed-lr-decay", type=float, default=None, help="fed-quality: federated arm's lr decay per round"
+    )
 
     synth = sub.add_parser("synth", help="write the synthetic multi-store data set to a folder")
     synth.add_argument("--out", type=Path, required=True)

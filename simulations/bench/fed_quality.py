@@ -210,6 +210,9 @@ def main(args: argparse.Namespace, console: Console) -> int:
     p = dict(QUICK if args.quick else FULL)
     if args.datasets:
         p["dataset"] = args.datasets[0]
+    flags = {"rounds": "fed_rounds", "local_epochs": "fed_local_epochs", "fed_lr_decay": "fed_lr_decay"}
+    given = {key: getattr(args, flag, None) for key, flag in flags.items()}
+    p.update({key: value for key, value in given.items() if value is not None})
     model_cfg, train_cfg = presets_for("transformer")
     if p.get("dim"):
         model_cfg = replace(model_cfg, dim=p["dim"])
